@@ -1,0 +1,1 @@
+"""Baseline methods, one file each. Every module here is imported by the method registry."""

@@ -1,0 +1,1 @@
+"""Datasets (CoOp on disk, embedded synthetic), few-shot protocol, transforms and loaders."""
