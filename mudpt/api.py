@@ -72,6 +72,16 @@ def resolve(cfg: RunConfig, clip: PromptableCLIP):
     return cls, options, recipe
 
 
+def _image_cache(cfg: RunConfig, cache_dir: Path):
+    """Decoded images in memory, and on disk for datasets read from JPEG files (the synthetic
+    suite is already decoded arrays, so a disk layer would only cost time)."""
+    from .data.image_cache import DecodedImageCache
+    from .data.registry import get_spec
+
+    on_disk = get_spec(cfg.dataset).kind == "coop"
+    return DecodedImageCache(Path(cache_dir) / "decoded" if on_disk else None)
+
+
 def _key(cfg: RunConfig, manifest_hash: str, weights_id: str, options, recipe) -> str:
     return cfg.key({"manifest_hash": manifest_hash, "weights_id": weights_id,
                     "options": vars(options), "recipe": vars(recipe)})
@@ -102,23 +112,28 @@ class _Evaluator:
 
         text = self.clip.tokenize(self.method.class_texts(splits.classnames, splits.template))
         loader = make_loader(items, splits.read_image, self.clip.image_size, train=False,
-                             batch_size=self.batch_size, cache=self.cache)
+                             batch_size=self.batch_size, cache=self.cache, source_id=splits.source_id)
         return evaluate(self.method, text, loader, self.device, self.precision)
 
 
 def run_experiment(cfg: RunConfig, *, on_epoch: Callable[[EpochStats], None] | None = None,
                    device: torch.device | None = None, cache_dir: Path | None = None,
-                   use_image_cache: bool = True) -> RunResult:
-    from .data.image_cache import ImageCache
+                   use_image_cache: bool = True, eval_split: str = "test",
+                   eval_every_epoch: bool = False) -> RunResult:
+    """Train and evaluate one cell. `eval_split="val"` scores the few-shot validation split instead of
+    test (hyper-parameter search must never see test); `eval_every_epoch` adds a validation pass
+    after each epoch (EpochStats.val_acc), for pruning."""
+    if eval_split not in ("test", "val"):
+        raise UserError(f"eval_split must be 'test' or 'val', got {eval_split!r}")
     from .data.loader import make_loader
-    from .data.protocol import prepare_data
+    from .data.protocol import default_cache_dir, prepare_data
     from .data.registry import load_dataset
 
     device = device or default_device()
     clip, backbone = get_backbone(cfg.backbone, device)
     cls, options, recipe = resolve(cfg, clip)
     precision = resolve_precision(recipe.precision, device)
-    cache = ImageCache(cache_dir) if use_image_cache else None
+    cache = _image_cache(cfg, cache_dir or default_cache_dir()) if use_image_cache else None
     t_start = time.perf_counter()
 
     set_seed(cfg.seed)
@@ -136,15 +151,25 @@ def run_experiment(cfg: RunConfig, *, on_epoch: Callable[[EpochStats], None] | N
             raise UserError(f"dataset {cfg.dataset!r} has no training split; it can only be an evaluation target")
         loader = make_loader(splits.train, splits.read_image, clip.image_size, train=True,
                              batch_size=recipe.batch_size, crop_scale=splits.train_crop_scale,
-                             cache=cache, seed=cfg.seed)
+                             cache=cache, seed=cfg.seed, source_id=splits.source_id)
+        epoch_eval = None
+        if eval_every_epoch:
+            def epoch_eval() -> float:
+                return _Evaluator(method, clip, device, precision, cache, recipe.eval_batch_size)(
+                    splits, splits.val).acc
         t0 = time.perf_counter()
-        history = train(method, text, loader, recipe, device, precision, on_epoch)
+        history = train(method, text, loader, recipe, device, precision, on_epoch, epoch_eval)
         train_seconds = time.perf_counter() - t0
 
     evaluator = _Evaluator(method, clip, device, precision, cache, recipe.eval_batch_size)
     metrics: dict[str, float] = {}
     warnings = list(splits.warnings)
-    if cfg.protocol == "base2new":
+    if eval_split == "val":
+        if not splits.val:
+            raise UserError(f"dataset {cfg.dataset!r} has no validation split to evaluate on")
+        res = evaluator(splits, splits.val)
+        metrics.update(val_acc=res.acc, val_macro_f1=res.macro_f1)
+    elif cfg.protocol == "base2new":
         base = evaluator(splits, splits.test)
         new_data = prepare_data(cfg.dataset, shots=cfg.shots, seed=cfg.seed, subsample="new",
                                 data_root=cfg.data_root, cache_dir=cache_dir)

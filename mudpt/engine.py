@@ -30,6 +30,7 @@ class EpochStats:
     train_acc: float
     seconds: float
     images: int
+    val_acc: float | None = None  # only when the caller asks for a per-epoch validation pass
 
 
 @dataclass
@@ -78,7 +79,10 @@ def autocast(precision: str, device: torch.device):
 
 
 def train(method: PromptMethod, text: TextBatch, loader: Iterable, recipe: Recipe, device: torch.device,
-          precision: str = "fp32", on_epoch: Callable[[EpochStats], None] | None = None) -> list[EpochStats]:
+          precision: str = "fp32", on_epoch: Callable[[EpochStats], None] | None = None,
+          epoch_eval: Callable[[], float] | None = None) -> list[EpochStats]:
+    """SGD over the method's trainable tensors. `epoch_eval` (e.g. validation accuracy for pruning)
+    runs after every epoch; `on_epoch` receives the stats and may raise to stop the run."""
     params = method.trainable_parameters()
     if not params:
         raise TrainingError(f"method {method.name!r} has no trainable parameters")
@@ -116,6 +120,9 @@ def train(method: PromptMethod, text: TextBatch, loader: Iterable, recipe: Recip
             seen += labels.shape[0]
         stats = EpochStats(epoch, loss_sum / max(seen, 1), lr, 100.0 * correct / max(seen, 1),
                            time.perf_counter() - t0, seen)
+        if epoch_eval is not None:
+            stats.val_acc = epoch_eval()
+            method.train()
         history.append(stats)
         if on_epoch is not None:
             on_epoch(stats)
