@@ -74,7 +74,7 @@ def main() -> None:
     except UserError as e:
         from rich.console import Console
 
-        Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        Console(stderr=True).print(f"error: {e}", style="bold red", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
 
 

@@ -32,18 +32,19 @@ class RunResult:
     warnings: list[str] = field(default_factory=list)
 
 
-_BACKBONES: dict[tuple[str, str], tuple[PromptableCLIP, Any]] = {}
+_BACKBONES: dict[tuple[str, str, str], tuple[PromptableCLIP, Any]] = {}
 
 
 def get_backbone(cfg, device: torch.device | None = None) -> tuple[PromptableCLIP, Any]:
     """Load once per process (a grid reuses it). Returns (wrapper, resolved BackboneConfig)."""
     from .backbone import load_open_clip
 
-    k = (cfg.name, cfg.pretrained)
+    device = device or default_device()
+    k = (cfg.name, cfg.pretrained, str(device))
     if k not in _BACKBONES:
         model, tokenizer, resolved = load_open_clip(cfg)
         clip = PromptableCLIP(model, tokenizer, name=f"{cfg.name}/{cfg.pretrained}")
-        _BACKBONES[k] = (clip.to(device or default_device()), resolved)
+        _BACKBONES[k] = (clip.to(device), resolved)
     return _BACKBONES[k]
 
 

@@ -112,12 +112,8 @@ class RunConfig:
 
     def key(self, extra: Mapping[str, Any] | None = None) -> str:
         """Stable cell key; `extra` adds resolved facts (few-shot manifest hash, resolved recipe)."""
-        payload = {"config": self.to_dict(), "extra": dict(extra or {})}
+        config = self.to_dict()
+        config.pop("data_root")  # where the data lives is not what it is: the manifest hash identifies it
+        payload = {"config": config, "extra": dict(extra or {})}
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
-
-    def label(self) -> str:
-        """Report row name: method id plus switches, e.g. `mudpt[fusion=off]`."""
-        if not self.options:
-            return self.method
-        return f"{self.method}[{','.join(f'{k}={v}' for k, v in self.options)}]"
