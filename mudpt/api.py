@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import torch
 
-from .config import RunConfig
+from .config import EMBEDDED_RECIPE, RunConfig
 from .errors import UserError
 from .engine import EpochStats, EvalResult, evaluate, resolve_precision, set_seed, train
 from .method import PromptMethod, get_method
@@ -69,8 +69,10 @@ def resolve(cfg: RunConfig, clip: PromptableCLIP):
     cls = get_method(cfg.method)
     n_layers = min(clip.text_layers, clip.vision_layers or clip.text_layers)
     options = resolve_options(cls, cfg.options_dict, n_layers)
-    recipe = cls.default_recipe(cfg.shots, cfg.dataset).merged(cfg.recipe_dict)
-    return cls, options, recipe
+    recipe = cls.default_recipe(cfg.shots, cfg.dataset)
+    if cfg.backbone.is_embedded:
+        recipe = recipe.merged(EMBEDDED_RECIPE)
+    return cls, options, recipe.merged(cfg.recipe_dict)
 
 
 def _image_cache(cfg: RunConfig, cache_dir: Path):
@@ -152,7 +154,7 @@ def run_experiment(cfg: RunConfig, *, on_epoch: Callable[[EpochStats], None] | N
             raise UserError(f"dataset {cfg.dataset!r} has no training split; it can only be an evaluation target")
         loader = make_loader(splits.train, splits.read_image, clip.image_size, train=True,
                              batch_size=recipe.batch_size, crop_scale=splits.train_crop_scale,
-                             cache=cache, seed=cfg.seed, source_id=splits.source_id)
+                             cache=cache, seed=cfg.seed, source_id=splits.source_id, hflip=splits.train_hflip)
         epoch_eval = None
         if eval_every_epoch:
             def epoch_eval() -> float:

@@ -2,7 +2,9 @@
 the shipped embedded tiny CLIP, or random weights (tests and benchmarks)."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
 from dataclasses import replace
 from functools import lru_cache
@@ -33,6 +35,24 @@ def _hub_offline_error(name: str, tag: str, err: Exception) -> BackboneError:
     )
 
 
+class _NoRandomInitWarning(logging.Filter):
+    """open_clip warns on every pretrained=None build; ours are deliberate (weights load right after,
+    or random weights were asked for)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def quiet_random_init():
+    f = _NoRandomInitWarning()
+    logging.getLogger().addFilter(f)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(f)
+
+
 def load_open_clip(cfg: BackboneConfig):
     """Returns (model, tokenizer, resolved cfg with weights_id). The model is fp32, eval mode, frozen."""
     import mudpt.compat  # noqa: F401  (torchvision import fix, before open_clip)
@@ -44,10 +64,12 @@ def load_open_clip(cfg: BackboneConfig):
 
         register_config()
         if tag == EMBEDDED_PRETRAINED:
-            model = load_embedded_model()
+            with quiet_random_init():
+                model = load_embedded_model()
             weights_id = f"sha256:{weights_sha256()}"
         elif tag == "random":
-            model = open_clip.create_model(name, pretrained=None)
+            with quiet_random_init():
+                model = open_clip.create_model(name, pretrained=None)
             weights_id = "random"
         else:
             model = _create_with_pretrained(open_clip, name, tag)
@@ -78,7 +100,8 @@ def _weights_id(tag: str) -> str:
 
 def _create_with_pretrained(open_clip, name: str, tag: str | None):
     if tag is None:
-        return open_clip.create_model(name, pretrained=None)
+        with quiet_random_init():
+            return open_clip.create_model(name, pretrained=None)
     if tag.startswith("local-dir:"):
         d = Path(tag[len("local-dir:"):]).expanduser()
         if not d.is_dir():

@@ -78,6 +78,15 @@ def autocast(precision: str, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
+def make_optimizer(params, recipe: Recipe) -> torch.optim.Optimizer:
+    if recipe.optimizer == "sgd":  # Dassl: momentum 0.9, wd 5e-4, no dampening, no Nesterov
+        return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay,
+                               dampening=0, nesterov=False)
+    if recipe.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    raise UserError(f"recipe optimizer {recipe.optimizer!r}: expected 'sgd' or 'adamw'")
+
+
 def train(method: PromptMethod, text: TextBatch, loader: Iterable, recipe: Recipe, device: torch.device,
           precision: str = "fp32", on_epoch: Callable[[EpochStats], None] | None = None,
           epoch_eval: Callable[[], float] | None = None) -> list[EpochStats]:
@@ -86,8 +95,7 @@ def train(method: PromptMethod, text: TextBatch, loader: Iterable, recipe: Recip
     params = method.trainable_parameters()
     if not params:
         raise TrainingError(f"method {method.name!r} has no trainable parameters")
-    opt = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay,
-                          dampening=0, nesterov=False)
+    opt = make_optimizer(params, recipe)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     fixed_text = None
     if method.fixed_text:  # constant text side: encode once, outside the loop

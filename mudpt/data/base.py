@@ -48,6 +48,8 @@ class DatasetSplits:
     warnings: list[str] = field(default_factory=list)
     # Optional override of the train-time RandomResizedCrop scale (the CoOp protocol uses (0.08, 1.0)).
     train_crop_scale: tuple[float, float] = (0.08, 1.0)
+    # Random horizontal flips at training time; off only where a mirror changes the label (digits).
+    train_hflip: bool = True
 
     @property
     def num_classes(self) -> int:

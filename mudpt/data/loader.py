@@ -40,17 +40,17 @@ class _SeededRandomSampler(Sampler):
 class ImageListDataset(Dataset):
     def __init__(self, items: Sequence[Datum], read_image: Callable[[str], Image.Image], image_size: int,
                  train: bool, crop_scale: tuple[float, float] = (0.08, 1.0),
-                 cache: DecodedImageCache | None = None, source_id: str = ""):
+                 cache: DecodedImageCache | None = None, source_id: str = "", hflip: bool = True):
         self.items = list(items)
         self.read_image = read_image
         self.image_size = image_size
         self.train = train
         self.cache = cache
         self.source_id = source_id
-        self.augment = train_augment(image_size, crop_scale) if train else None
+        self.augment = train_augment(image_size, crop_scale, hflip) if train else None
         self.geometry = None if train else test_geometry(image_size)
         self.to_tensor = to_normalized_tensor()
-        build_transform(image_size, train, crop_scale)  # validates the arguments once, here
+        build_transform(image_size, train, crop_scale, hflip)  # validates the arguments once, here
 
     def __len__(self) -> int:
         return len(self.items)
@@ -84,7 +84,7 @@ class ImageListDataset(Dataset):
 def make_loader(items: list[Datum], read_image: Callable[[str], Image.Image], image_size: int, train: bool,
                 batch_size: int, *, crop_scale: tuple[float, float] = (0.08, 1.0),
                 cache: DecodedImageCache | None = None, seed: int = 0, num_workers: int = 0,
-                pin_memory: bool = False, source_id: str | None = None) -> DataLoader:
+                pin_memory: bool = False, source_id: str | None = None, hflip: bool = True) -> DataLoader:
     """DataLoader yielding (float images B x 3 x S x S, int64 labels B).
 
     `source_id` keys the decoded-image cache (default: `read_image.image_dir`, else required with a cache).
@@ -98,7 +98,7 @@ def make_loader(items: list[Datum], read_image: Callable[[str], Image.Image], im
         if image_dir is None:
             raise ValueError("a decoded-image cache needs source_id (e.g. DatasetSplits.source_id)")
         source_id = str(Path(image_dir).resolve())
-    ds = ImageListDataset(items, read_image, image_size, train, crop_scale, cache, source_id or "")
+    ds = ImageListDataset(items, read_image, image_size, train, crop_scale, cache, source_id or "", hflip)
     if train:
         gen = torch.Generator().manual_seed(seed)
         sampler: Sampler = _SeededRandomSampler(len(items), gen)

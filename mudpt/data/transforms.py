@@ -25,18 +25,20 @@ def to_normalized_tensor() -> T.Compose:
     return T.Compose([T.ToTensor(), T.Normalize(CLIP_MEAN, CLIP_STD)])
 
 
-def train_augment(image_size: int, crop_scale: tuple[float, float] = (0.08, 1.0)) -> T.Compose:
-    """The random part of the train pipeline (PIL -> PIL); draws from torch's global CPU generator."""
-    return T.Compose([
-        T.RandomResizedCrop((image_size, image_size), scale=tuple(crop_scale), interpolation=BICUBIC),
-        T.RandomHorizontalFlip(p=0.5),
-    ])
+def train_augment(image_size: int, crop_scale: tuple[float, float] = (0.08, 1.0), hflip: bool = True) -> T.Compose:
+    """The random part of the train pipeline (PIL -> PIL); draws from torch's global CPU generator.
+    `hflip=False` only for label spaces a mirror changes (digits); the CoOp protocol always flips."""
+    steps = [T.RandomResizedCrop((image_size, image_size), scale=tuple(crop_scale), interpolation=BICUBIC)]
+    if hflip:
+        steps.append(T.RandomHorizontalFlip(p=0.5))
+    return T.Compose(steps)
 
 
-def build_transform(image_size: int, train: bool, crop_scale: tuple[float, float] = (0.08, 1.0)) -> T.Compose:
+def build_transform(image_size: int, train: bool, crop_scale: tuple[float, float] = (0.08, 1.0),
+                    hflip: bool = True) -> T.Compose:
     if image_size < 1:
         raise ValueError(f"image_size must be positive, got {image_size}")
     if not 0 < crop_scale[0] <= crop_scale[1] <= 1:
         raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {crop_scale}")
-    geometry = train_augment(image_size, crop_scale) if train else test_geometry(image_size)
+    geometry = train_augment(image_size, crop_scale, hflip) if train else test_geometry(image_size)
     return T.Compose([*geometry.transforms, *to_normalized_tensor().transforms])
