@@ -18,7 +18,7 @@ class BackboneError(UserError):
     """A backbone that cannot be loaded; the message says what to pass instead."""
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -91,10 +91,10 @@ def load_open_clip(cfg: BackboneConfig):
 def _weights_id(tag: str) -> str:
     p = Path(tag[len("local-dir:"):] if tag.startswith("local-dir:") else tag).expanduser()
     if p.is_file():
-        return f"sha256:{_sha256(p)}"
+        return f"sha256:{file_sha256(p)}"
     if tag.startswith("local-dir:"):
         files = sorted(q for q in p.glob("*") if q.is_file() and q.suffix in (".bin", ".safetensors", ".pt", ".pth"))
-        return "sha256:" + hashlib.sha256("".join(_sha256(q) for q in files).encode()).hexdigest()
+        return "sha256:" + hashlib.sha256("".join(file_sha256(q) for q in files).encode()).hexdigest()
     return f"tag:{tag}"
 
 

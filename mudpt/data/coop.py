@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 from PIL import Image, UnidentifiedImageError
 
-from .base import DataError, DatasetSplits, Datum
+from .base import DataError, DatasetSplits, Datum, classnames_from
 from .registry import register_dataset
 
 
@@ -440,15 +440,10 @@ def _finish(info: CoopDataset, image_dir: Path, train: list[Datum], val: list[Da
 def _classnames_by_label(dataset: str, train: list[Datum], origin: str) -> list[str]:
     if not train:
         raise DataError(f"{dataset}: the train split in {origin} is empty")
-    n = max(d.label for d in train) + 1
-    names: list[str | None] = [None] * n
-    for d in train:
-        names[d.label] = d.classname
-    absent = [i for i, c in enumerate(names) if c is None]
-    if absent:
-        raise DataError(f"{dataset}: labels {absent[:5]} have no train items in {origin}; labels must "
-                        f"be contiguous 0..{n - 1}")
-    return names  # type: ignore[return-value]
+    try:
+        return classnames_from(train)
+    except DataError as e:
+        raise DataError(f"{dataset}: {e} (train split of {origin})") from None
 
 
 def _count_warnings(info: CoopDataset, n_classes: int, *counts: int) -> list[str]:

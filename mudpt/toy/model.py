@@ -1,9 +1,10 @@
 """The shipped tiny CLIP: open_clip config registration, checkpoint loading and integrity check."""
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
+
+from ..backbone import file_sha256
 
 MODEL_NAME = "mudpt-tiny"
 CONFIG_PATH = Path(__file__).with_name("mudpt-tiny.json")
@@ -29,14 +30,6 @@ def register_config() -> None:
 
 def model_config() -> dict:
     return json.loads(CONFIG_PATH.read_text())
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def recorded_meta(meta_path: Path = EMBEDDED_META) -> dict:
