@@ -185,6 +185,8 @@ class _Errors:
     def raise_if_any(self) -> None:
         if not self.items:
             return
+        if len(self.items) == 1:
+            raise GridError(f"{self.path}: {self.items[0]}")
         shown = self.items[:_MAX_LISTED]
         more = len(self.items) - len(shown)
         lines = "\n".join(f"  - {m}" for m in shown) + (f"\n  - ... and {more} more" if more else "")

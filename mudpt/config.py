@@ -52,7 +52,6 @@ class BackboneConfig:
 class Recipe:
     """Optimiser and schedule (Dassl: SGD, constant warm-up epoch, cosine stepped per epoch)."""
 
-    optimizer: str = "sgd"  # sgd (every official recipe) | adamw (the embedded default's recipes)
     lr: float = 0.0025
     batch_size: int = 4
     epochs: int = 10
@@ -60,6 +59,7 @@ class Recipe:
     warmup_lr: float = 1e-5
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    optimizer: str = "sgd"  # sgd (every official recipe) | adamw (the embedded default's recipes)
     eval_batch_size: int = 100
     precision: str = "auto"  # auto = fp32 on CPU, bf16/fp16 autocast on GPU; or fp32 | bf16 | fp16
 

@@ -41,7 +41,7 @@ def test_tiny_grid_runs_resumes_and_its_prompts_load_back(tmp_path, store):
         assert 0 <= m["acc"] <= 100 and m["n_trainable"] > 0 and r.data.params["env.torch"]
         assert len(c.get_metric_history(r.info.run_id, "train_loss")) == 1
         if r.data.tags["mudpt.protocol"] == "domain-generalization":
-            assert "acc.toy-textures-photo" in m and "target_avg_acc" in m
+            assert "acc.toy-textures-noisy" in m and "target_avg_acc" in m
         path = c.download_artifacts(r.info.run_id, "prompts.safetensors", str(tmp_path / r.info.run_id))
         with safe_open(path, "pt") as f:
             meta, state = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}

@@ -72,7 +72,7 @@ def _grid(tmp_path, text):
     ("method: coop\ndataset: exp-test-a\nrecipe: {learning_rate: 0.1}\n", ["recipe.learning_rate: unknown recipe key", "valid: lr"]),
     ("method: coop\ndataset: exp-test-a\nrecipe: {epochs: 2.5}\n", ["recipe.epochs: 2.5 has the wrong type"]),
     ("method: coop\ndataset: caltech101\n", ["read from the CoOp data folder: pass --data-root"]),
-    ("method: coop\ndataset: toy-shapes-photo\n", ["test-only", "`targets` entry"]),
+    ("method: coop\ndataset: toy-shapes-inverted\n", ["test-only", "`targets` entry"]),
     ("method: coop\ndataset: exp-test-a\ncells: [{method: mudpt, color: red}]\n", ["cells[0].color: unknown key"]),
     ("method: coop\ndataset: exp-test-a\nembedded: {seeds: [1], nme: x}\n", ["embedded.nme: unknown key"]),
     ("method: coop\n", ["datasets: missing"]),
@@ -152,7 +152,7 @@ def test_cell_keys_are_stable_and_sensitive(tmp_path):
 
 
 def test_build_grid_names_its_origin():
-    with pytest.raises(GridError, match="^command line: invalid grid"):
+    with pytest.raises(GridError, match="^command line: shots"):
         from pathlib import Path
 
         build_grid({"method": "coop", "dataset": "exp-test-a", "shots": -1}, Path("command line"))
