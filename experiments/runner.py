@@ -28,11 +28,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 # Images per second (train fwd+bwd, eval fwd) of a text+vision method, used by --dry-run until the
 # tracking store holds finished runs of the backbone (their measured rates then take over).
-# Measured with `mudpt-bench run --grid ablation-depth` on 2 shared CPU cores (see the lead's notes).
 DEFAULT_THROUGHPUT: dict[str, tuple[float, float]] = {
-    # mudpt (depth 4) on toy-shapes, batch 4, random weights, 2 CPU cores shared with a pretraining job:
-    # `mudpt-bench train -m mudpt -d toy-shapes --epochs 2 --pretrained random`
-    "mudpt-tiny": (7.5, 165.0),
+    # medians over the 16 cells of `mudpt-bench run --grid ablation-depth` (embedded recipe, batch 32),
+    # 2 CPU cores shared with one other job, 2026-12-04
+    "mudpt-tiny": (455.0, 1245.0),
 }
 CELL_OVERHEAD_S = 2.0  # per-cell setup once the backbone is loaded (data, method, text encoding)
 
@@ -412,6 +411,9 @@ def print_summary(summary: Summary, console: "Console", uri: str, experiment: st
         for o in failed:
             t.add_row(escape(o.label), o.dataset, str(o.shots), str(o.seed), o.protocol, escape(o.error), o.run_id)
         console.print(t)
+    console.print(f"see the runs: [cyan]mlflow ui --backend-store-uri {uri}[/]\n"
+                  f"tables and plots: [cyan]mudpt-bench report --grid {experiment}"
+                  + ("" if uri == resolve_uri(None) else f" --tracking-uri {uri}") + "[/]", highlight=False)
 
 
 __all__ = ["Backend", "CellCost", "DEFAULT_EXPERIMENT", "MudptBackend", "Outcome", "Planned", "Summary",
