@@ -147,6 +147,7 @@ def run_experiment(cfg: RunConfig, *, on_epoch: Callable[[EpochStats], None] | N
     method = cls(clip, options).to(device)
     text = clip.tokenize(method.class_texts(splits.classnames, splits.template))
 
+    evaluator = _Evaluator(method, clip, device, precision, cache, recipe.eval_batch_size)
     history: list[EpochStats] = []
     train_seconds = 0.0
     if cls.trains and cfg.protocol != "zeroshot":
@@ -155,16 +156,11 @@ def run_experiment(cfg: RunConfig, *, on_epoch: Callable[[EpochStats], None] | N
         loader = make_loader(splits.train, splits.read_image, clip.image_size, train=True,
                              batch_size=recipe.batch_size, crop_scale=splits.train_crop_scale,
                              cache=cache, seed=cfg.seed, source_id=splits.source_id, hflip=splits.train_hflip)
-        epoch_eval = None
-        if eval_every_epoch:
-            def epoch_eval() -> float:
-                return _Evaluator(method, clip, device, precision, cache, recipe.eval_batch_size)(
-                    splits, splits.val).acc
+        epoch_eval = (lambda: evaluator(splits, splits.val).acc) if eval_every_epoch else None
         t0 = time.perf_counter()
         history = train(method, text, loader, recipe, device, precision, on_epoch, epoch_eval)
         train_seconds = time.perf_counter() - t0
 
-    evaluator = _Evaluator(method, clip, device, precision, cache, recipe.eval_batch_size)
     metrics: dict[str, float] = {}
     warnings = list(splits.warnings)
     if eval_split == "val":
