@@ -12,7 +12,8 @@ random-weight backbone, the same initial prompts and the same JPEG files:
 It then checks that both modes compute the same thing, in fp32: logits of the train path and of the
 cached-text evaluation path, the loss and its gradients on a small batch, and the mean training losses of
 the timed runs (those depend on the first steps' gradients). Any relative difference above --rtol
-(max |a-b| / max |b|; default 1e-5 on CPU) fails the run with exit status 1.
+(max |a-b| / max |b| per tensor; default 1e-5 on CPU; 10x that for gradients) fails the run with exit
+status 1.
 
     .venv/bin/python benchmarks/bench_fast_paths.py             # full run (CPU plan keeps it ~10 min)
     .venv/bin/python benchmarks/bench_fast_paths.py --quick     # tiny backbone, a few steps (CI)
@@ -38,6 +39,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # run as a script from a checkout: import this tree's mudpt and baselines
+    sys.path.insert(0, str(REPO))
+
+from mudpt.errors import UserError  # noqa: E402  (imports nothing heavy)
+
 DEFAULT_METHODS = ("mudpt", "maple", "coop", "vpt-deep", "ivlp")
 DEFAULT_BACKBONES = ("tiny", "ViT-B-16")
 DEFAULT_CLASSES = (10, 100, 1000)
@@ -59,7 +65,7 @@ red green blue black white brown small large old young wild little golden silver
 striped long short round""".split()
 
 
-class BenchError(ValueError):
+class BenchError(UserError):
     """Bad arguments; the message says which and what is expected."""
 
 
@@ -90,6 +96,7 @@ class Plan:
     check_images: int
     grad_check_classes: list[int]
     check_classes: int | None = None  # None: the whole class set
+    repeats: int = 1  # timed runs per measurement; the best one is reported
     large_eval_methods: list[str] | None = None  # methods whose evaluation is timed above 100 classes (None: all)
     notes: list[str] = field(default_factory=list)
 
@@ -363,7 +370,7 @@ class Bench:
                         m.compile()
                     if classes in plan.train_classes and method.trains:
                         m.load_prompt_state(init)
-                        self.measure_train(m, clip, text, train_items, plan, mode, res)
+                        self.measure_train(m, clip, text, train_items, plan, mode, res, init)
                     if classes in plan.eval_classes and (classes <= 100 or plan.large_eval_methods is None
                                                          or name in plan.large_eval_methods):
                         m.load_prompt_state(init)
@@ -396,34 +403,41 @@ class Bench:
         train(method, text, batch, Recipe(lr=1e-3, epochs=1, warmup_epochs=0), self.device, precision)
         predict(method, text, batch, self.device, precision)
 
-    def measure_train(self, method, clip, text, items, plan: Plan, mode: Mode, res: ModeResult) -> None:
+    def measure_train(self, method, clip, text, items, plan: Plan, mode: Mode, res: ModeResult, init) -> None:
+        """Best of `plan.repeats` timed epochs, each from the same prompts and the same batches."""
         from mudpt.config import Recipe
         from mudpt.engine import train
 
         if mode.image_cache:  # a loader of its own, so the timed loader's random draws match every mode's
             self.fill_cache(self.loader(items, clip.image_size, True, plan.batch, mode), "train", clip.image_size)
-        loader = self.loader(items, clip.image_size, True, plan.batch, mode)
         recipe = Recipe(lr=method.default_recipe(16, "imagenet").lr, batch_size=plan.batch, epochs=1,
                         warmup_epochs=0)
-        if plan.warmup:  # first-call costs (and torch.compile's tracing) stay out of the timed epoch
-            first: list = []
-            while len(first) < plan.warmup:  # a partial epoch (or more) of the same loader
-                for batch in loader:
-                    first.append(batch)
-                    if len(first) == plan.warmup:
-                        break
-            t = time.perf_counter()
-            res.train_losses.append(train(method, text, first, recipe, self.device, mode.precision)[0].loss)
-            if mode.compile:
-                res.compile_warmup_s = time.perf_counter() - t
-        with PeakMemory(self.device) as mem:
-            cpu = time.process_time()
-            hist = train(method, text, loader, recipe, self.device, mode.precision)
-            cpu = time.process_time() - cpu
-        res.train_losses.append(hist[0].loss)
-        res.train_step_s = hist[0].seconds / len(loader)
-        res.train_step_cpu_s = cpu / len(loader)
-        res.train_peak_mib = mem.mib
+        for repeat in range(plan.repeats):
+            method.load_prompt_state(init)
+            loader = self.loader(items, clip.image_size, True, plan.batch, mode)
+            losses = []
+            if plan.warmup:  # first-call costs (and torch.compile's tracing) stay out of the timed epoch
+                first: list = []
+                while len(first) < plan.warmup:  # a partial epoch (or more) of the same loader
+                    for batch in loader:
+                        first.append(batch)
+                        if len(first) == plan.warmup:
+                            break
+                t = time.perf_counter()
+                losses.append(train(method, text, first, recipe, self.device, mode.precision)[0].loss)
+                if mode.compile and repeat == 0:
+                    res.compile_warmup_s = time.perf_counter() - t
+            with PeakMemory(self.device) as mem:
+                cpu = time.process_time()
+                hist = train(method, text, loader, recipe, self.device, mode.precision)
+                cpu = time.process_time() - cpu
+            losses.append(hist[0].loss)
+            if repeat == 0:
+                res.train_losses = losses
+            step, cpu_step = hist[0].seconds / len(loader), cpu / len(loader)
+            res.train_step_s = step if res.train_step_s is None else min(res.train_step_s, step)
+            res.train_step_cpu_s = cpu_step if res.train_step_cpu_s is None else min(res.train_step_cpu_s, cpu_step)
+            res.train_peak_mib = max(res.train_peak_mib or 0.0, mem.mib)
 
     def measure_eval(self, method, clip, text, items, plan: Plan, mode: Mode, res: ModeResult) -> None:
         from mudpt.engine import predict
@@ -437,13 +451,15 @@ class Bench:
             predict(method, text, [first], self.device, mode.precision, mode.cache_text)
             if mode.compile:
                 res.compile_warmup_s = (res.compile_warmup_s or 0.0) + time.perf_counter() - t
-        with PeakMemory(self.device) as mem:
-            cpu = time.process_time()
-            pred, _true, seconds = predict(method, text, loader, self.device, mode.precision, mode.cache_text)
-            res.eval_cpu_s = time.process_time() - cpu
-        res.eval_seconds = seconds
-        res.eval_images_per_s = len(pred) / seconds
-        res.eval_peak_mib = mem.mib
+        for _ in range(plan.repeats):  # best of the repeats
+            with PeakMemory(self.device) as mem:
+                cpu = time.process_time()
+                pred, _true, seconds = predict(method, text, loader, self.device, mode.precision, mode.cache_text)
+                cpu = time.process_time() - cpu
+            if res.eval_seconds is None or seconds < res.eval_seconds:
+                res.eval_seconds, res.eval_images_per_s = seconds, len(pred) / seconds
+            res.eval_cpu_s = cpu if res.eval_cpu_s is None else min(res.eval_cpu_s, cpu)
+            res.eval_peak_mib = max(res.eval_peak_mib or 0.0, mem.mib)
         res.eval_preds = [int(p) for p in pred]
 
     def check(self, method, clip, texts, items, grads: bool, results: dict[str, ModeResult],
@@ -495,20 +511,23 @@ class Bench:
         if fast is not None and ref is not None and fast.eval_preds:
             agree = sum(a == b for a, b in zip(fast.eval_preds, ref.eval_preds))
             c.eval_pred_agreement = agree / len(ref.eval_preds)
-        checks = [("train-path logits", c.logits_train_rel), ("cached-text evaluation logits", c.logits_eval_rel),
-                  ("loss", c.loss_rel), ("loss gradients", c.grad_rel)]
+        # Gradients get 10x the tolerance: backpropagation through every block amplifies the last-bit
+        # differences of the (differently sized) matrix products, and the comparison is per tensor.
+        checks = [("train-path logits", c.logits_train_rel, self.rtol),
+                  ("cached-text evaluation logits", c.logits_eval_rel, self.rtol),
+                  ("loss", c.loss_rel, self.rtol), ("loss gradients", c.grad_rel, 10 * self.rtol)]
         # Autocast (GPU) changes the numbers by design; the timed runs' losses are compared only in fp32.
         fast_mode = next(m for m in self.modes if m.name == "fast")
         if fast_mode.precision == "fp32":
-            checks.append(("mean training losses of the timed runs", c.train_loss_rel))
+            checks.append(("mean training losses of the timed runs", c.train_loss_rel, self.rtol))
         compiled = results.get("compiled")
         if compiled is not None and compiled.train_losses and fast is not None and fast.train_losses:
             c.compiled_train_loss_rel = max(rel_diff(torch.tensor(a), torch.tensor(b))
                                             for a, b in zip(compiled.train_losses, fast.train_losses))
-            checks.append(("torch.compile vs eager training losses", c.compiled_train_loss_rel))
-        for what, value in checks:
-            if value is not None and not value <= self.rtol:
-                c.failures.append(f"{what}: relative difference {value:.3g} > {self.rtol:g}")
+            checks.append(("torch.compile vs eager training losses", c.compiled_train_loss_rel, self.rtol))
+        for what, value, tol in checks:
+            if value is not None and not value <= tol:
+                c.failures.append(f"{what}: relative difference {value:.3g} > {tol:g}")
         return c
 
     def _test_image(self, impath: str, size: int):
@@ -545,11 +564,11 @@ def make_plans(args, device) -> list[Plan]:
             p = Plan(bb, classes, classes, methods, iters=2, warmup=1, batch=4, eval_batch=16,
                      eval_batches=2, check_images=4, grad_check_classes=classes)
         elif small:
-            p = Plan(bb, classes, classes, methods, iters=5, warmup=1, batch=4, eval_batch=100,
-                     eval_batches=3, check_images=8, grad_check_classes=classes)
+            p = Plan(bb, classes, classes, methods, iters=4, warmup=1, batch=4, eval_batch=100,
+                     eval_batches=3, check_images=8, grad_check_classes=classes, repeats=2)
         elif not cpu:
             p = Plan(bb, classes, classes, methods, iters=20, warmup=3, batch=4, eval_batch=100,
-                     eval_batches=10, check_images=8, grad_check_classes=classes)
+                     eval_batches=10, check_images=8, grad_check_classes=classes, repeats=3)
         else:
             # 2 CPU cores, ViT-B/16: fwd+bwd of 4 images takes seconds, text fwd+bwd of 100 classes at
             # 77 tokens ~10 s, a forward per image ~0.2 s: the reference mode at 1000 classes would
@@ -560,7 +579,7 @@ def make_plans(args, device) -> list[Plan]:
                      iters=1, warmup=0, batch=4, eval_batch=50, eval_batches=2, check_images=2,
                      grad_check_classes=[c for c in classes if c <= 10], check_classes=100,
                      large_eval_methods=methods[:1])
-        for attr in ("iters", "warmup", "eval_batches", "check_images", "check_classes"):
+        for attr in ("iters", "warmup", "eval_batches", "check_images", "check_classes", "repeats"):
             if getattr(args, attr) is not None:
                 setattr(p, attr, getattr(args, attr))
         if args.batch_size is not None:
@@ -578,7 +597,8 @@ def make_plans(args, device) -> list[Plan]:
         if not small and cpu:
             notes.append(
                 f"{bb} on CPU (reduced so the run stays near 10 minutes): methods {','.join(p.methods)}; "
-                f"{p.iters} timed train step(s) after {p.warmup} warm-up step(s), train timed at "
+                f"{p.iters} timed train step(s) after {p.warmup} warm-up step(s), {p.repeats} timed run(s) per "
+                f"measurement (other jobs on the machine add noise), train timed at "
                 f"{p.train_classes} classes; evaluation timed at {p.eval_classes} classes ("
                 f"above 100 for {','.join(p.large_eval_methods or p.methods)} only) over "
                 f"{p.eval_batch * p.eval_batches} images in batches of {p.eval_batch} (official configs: 100, so the "
@@ -686,7 +706,13 @@ def machine_description(device) -> str:
 
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, {os.cpu_count()} CPU cores"
-    return (f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), no GPU, "
+    cpu_name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu_name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (f"{os.cpu_count()} CPU cores ({cpu_name}), no GPU, "
             f"torch {torch.__version__} with {torch.get_num_threads()} threads")
 
 
@@ -719,7 +745,7 @@ def profile_step(args, device, out: Path) -> None:
     labels = torch.arange(images.shape[0]) % classes
     batch = [(images, labels)]
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     for mode, trim, precision in (("fast", True, args.fast_precision or resolve_precision("auto", device)),
                                   ("reference", False, "fp32")):
         clip.trim_text = trim
@@ -768,6 +794,8 @@ def parse_args(argv: Sequence[str] | None):
     ap.add_argument("--methods", type=_csv(str), help=f"default {','.join(DEFAULT_METHODS)}")
     ap.add_argument("--iters", type=int, help="timed train steps per cell")
     ap.add_argument("--warmup", type=int, help="untimed train steps / eval batches before timing")
+    ap.add_argument("--repeats", type=int, help="timed runs per measurement, best reported (default: GPU 3, "
+                    "tiny 2, --quick and ViT on CPU 1)")
     ap.add_argument("--batch-size", type=int, help="train batch (default 4, the MuDPT/MaPLe recipe)")
     ap.add_argument("--eval-batch-size", type=int, help="evaluation batch (default 100 as in the official "
                     "configs; ViT on CPU 50)")
@@ -798,7 +826,8 @@ def parse_args(argv: Sequence[str] | None):
                          ("--eval-classes", args.eval_classes or [1])):
         if min(values) < 1:
             raise BenchError(f"{what}: class counts must be >= 1, got {values}")
-    for what in ("iters", "eval_batches", "check_images", "check_classes", "batch_size", "eval_batch_size"):
+    for what in ("iters", "eval_batches", "check_images", "check_classes", "repeats", "batch_size",
+                 "eval_batch_size"):
         v = getattr(args, what)
         if v is not None and v < 1:
             raise BenchError(f"--{what.replace('_', '-')} must be >= 1, got {v}")
@@ -839,7 +868,6 @@ def check_methods(names: Sequence[str]) -> None:
 
 def run(argv: Sequence[str] | None = None) -> tuple[int, list[Row], dict]:
     args = parse_args(argv)
-    sys.path.insert(0, str(REPO))
     import mudpt.compat  # noqa: F401
     import torch
 
@@ -877,15 +905,17 @@ def run(argv: Sequence[str] | None = None) -> tuple[int, list[Row], dict]:
     notes.append("peak memory: working memory above the loaded model; "
                  + ("torch.cuda.max_memory_allocated" if device.type == "cuda" else
                     "CPU resident-set growth sampled every 2 ms after malloc_trim (includes allocator slack)"))
-    notes.append(f"equivalence: fp32, max|fast-ref|/max|ref| <= {rows[0].check.rtol if rows else args.rtol:g} for "
-                 f"logits (train path and cached-text evaluation), loss, loss gradients, timed runs' losses")
+    rtol = rows[0].check.rtol if rows else args.rtol
+    notes.append(f"equivalence in fp32, max|fast-ref|/max|ref| per tensor: <= {rtol:g} for logits (train path and "
+                 f"cached-text evaluation), loss and the timed runs' mean losses; <= {10 * rtol:g} for gradients")
     notes.append(f"total benchmark time {total:.0f} s")
     meta = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": machine_description(device),
         "device": str(device),
         "fast_precision": fast_precision,
-        "command": "python benchmarks/bench_fast_paths.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "command": " ".join(["python benchmarks/bench_fast_paths.py",
+                             shlex.join(argv if argv is not None else sys.argv[1:])]).strip(),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "plans": [asdict(p) for p in plans],
@@ -918,14 +948,9 @@ def _row_json(r: Row) -> dict:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(argv)[0]
-    except BenchError as e:
+    except UserError as e:  # bad flags, unknown method or backbone: the message says what to pass
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except ValueError as e:  # UserError subclasses (unknown method or backbone) carry their own message
-        if type(e).__module__.startswith(("mudpt", "baselines")):
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        raise
 
 
 if __name__ == "__main__":

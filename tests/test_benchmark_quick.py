@@ -35,8 +35,9 @@ def test_quick_benchmark_modes_agree_and_results_are_written(bench, tmp_path):
         assert len(fast.train_losses) == len(ref.train_losses) == 2  # warm-up step + timed epoch
         c = r.check
         assert c.passed
-        for value in (c.logits_train_rel, c.logits_eval_rel, c.loss_rel, c.grad_rel, c.train_loss_rel):
+        for value in (c.logits_train_rel, c.logits_eval_rel, c.loss_rel, c.train_loss_rel):
             assert value is not None and value <= 1e-5
+        assert c.grad_rel is not None and c.grad_rel <= 1e-4
     written = json.loads((tmp_path / "fast_paths.json").read_text())
     assert written["failures"] == [] and len(written["rows"]) == len(rows)
     md = (tmp_path / "fast_paths.md").read_text()
