@@ -96,7 +96,8 @@ class Plan:
     check_images: int
     grad_check_classes: list[int]
     check_classes: int | None = None  # None: the whole class set
-    repeats: int = 1  # timed runs per measurement; the best one is reported
+    repeats: int = 1  # timed train runs per measurement; the best one is reported
+    eval_repeats: int = 1  # the same for evaluations
     large_eval_methods: list[str] | None = None  # methods whose evaluation is timed above 100 classes (None: all)
     notes: list[str] = field(default_factory=list)
 
@@ -343,6 +344,16 @@ class Bench:
         from mudpt.method import build_method
 
         torch = self.torch
+        threads = torch.get_num_threads()
+        if self.args.threads is None and plan.backbone in TINY_BACKBONES:
+            torch.set_num_threads(1)
+        try:
+            return self._run_backbone(plan, build_method)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _run_backbone(self, plan: Plan, build_method) -> list[Row]:
+        torch = self.torch
         clip = load_backbone(plan.backbone, self.device)
         rows: list[Row] = []
         n_train = plan.batch * plan.iters
@@ -451,7 +462,7 @@ class Bench:
             predict(method, text, [first], self.device, mode.precision, mode.cache_text)
             if mode.compile:
                 res.compile_warmup_s = (res.compile_warmup_s or 0.0) + time.perf_counter() - t
-        for _ in range(plan.repeats):  # best of the repeats
+        for _ in range(plan.eval_repeats):  # best of the repeats
             with PeakMemory(self.device) as mem:
                 cpu = time.process_time()
                 pred, _true, seconds = predict(method, text, loader, self.device, mode.precision, mode.cache_text)
@@ -565,10 +576,10 @@ def make_plans(args, device) -> list[Plan]:
                      eval_batches=2, check_images=4, grad_check_classes=classes)
         elif small:
             p = Plan(bb, classes, classes, methods, iters=4, warmup=1, batch=4, eval_batch=100,
-                     eval_batches=3, check_images=8, grad_check_classes=classes, repeats=2)
+                     eval_batches=3, check_images=8, grad_check_classes=classes, repeats=2, eval_repeats=2)
         elif not cpu:
             p = Plan(bb, classes, classes, methods, iters=20, warmup=3, batch=4, eval_batch=100,
-                     eval_batches=10, check_images=8, grad_check_classes=classes, repeats=3)
+                     eval_batches=10, check_images=8, grad_check_classes=classes, repeats=3, eval_repeats=3)
         else:
             # 2 CPU cores, ViT-B/16: fwd+bwd of 4 images takes seconds, text fwd+bwd of 100 classes at
             # 77 tokens ~10 s, a forward per image ~0.2 s: the reference mode at 1000 classes would
@@ -578,8 +589,8 @@ def make_plans(args, device) -> list[Plan]:
             p = Plan(bb, [c for c in classes if c <= 100], [c for c in classes if c >= 100] or classes, methods,
                      iters=1, warmup=0, batch=4, eval_batch=50, eval_batches=2, check_images=2,
                      grad_check_classes=[c for c in classes if c <= 10], check_classes=100,
-                     large_eval_methods=methods[:1])
-        for attr in ("iters", "warmup", "eval_batches", "check_images", "check_classes", "repeats"):
+                     large_eval_methods=methods[:1], repeats=2, eval_repeats=1)
+        for attr in ("iters", "warmup", "eval_batches", "check_images", "check_classes", "repeats", "eval_repeats"):
             if getattr(args, attr) is not None:
                 setattr(p, attr, getattr(args, attr))
         if args.batch_size is not None:
@@ -597,13 +608,13 @@ def make_plans(args, device) -> list[Plan]:
         if not small and cpu:
             notes.append(
                 f"{bb} on CPU (reduced so the run stays near 10 minutes): methods {','.join(p.methods)}; "
-                f"{p.iters} timed train step(s) after {p.warmup} warm-up step(s), {p.repeats} timed run(s) per "
-                f"measurement (other jobs on the machine add noise), train timed at "
+                f"{p.iters} timed train step(s) after {p.warmup} warm-up step(s), best of {p.repeats} (evaluation: "
+                f"{p.eval_repeats}) timed run(s) (other jobs on the machine add noise), train timed at "
                 f"{p.train_classes} classes; evaluation timed at {p.eval_classes} classes ("
                 f"above 100 for {','.join(p.large_eval_methods or p.methods)} only) over "
-                f"{p.eval_batch * p.eval_batches} images in batches of {p.eval_batch} (official configs: 100, so the "
-                f"reference re-encodes the prompts {100 / p.eval_batch:g}x as often per image as there); gradients checked at "
-                f"{p.grad_check_classes or 'no'} classes, logits and losses at every class count "
+                f"{p.eval_batch * p.eval_batches} images in batches of {p.eval_batch} (official configs: 100, so "
+                f"the reference re-encodes the prompts {100 / p.eval_batch:g}x as often per image as there); "
+                f"gradients checked at {p.grad_check_classes or 'no'} classes, logits and losses at every class count "
                 f"(on at most {p.check_classes} classes of each set, the longest prompt included)")
         if p.eval_batches < 2:
             notes.append("a single evaluation batch: cached and per-batch text features then cost the same")
@@ -701,7 +712,7 @@ def markdown(rows: list[Row], meta: dict) -> str:
     return "\n".join(parts) + "\n"
 
 
-def machine_description(device) -> str:
+def machine_description(device, threads: int | None) -> str:
     import torch
 
     if device.type == "cuda":
@@ -712,8 +723,8 @@ def machine_description(device) -> str:
             cpu_name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return (f"{os.cpu_count()} CPU cores ({cpu_name}), no GPU, "
-            f"torch {torch.__version__} with {torch.get_num_threads()} threads")
+    return (f"{os.cpu_count()} CPU cores ({cpu_name}), no GPU, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads (tiny backbones: {threads if threads is not None else 1})")
 
 
 # --------------------------------------------------------------------------- profile
@@ -794,8 +805,10 @@ def parse_args(argv: Sequence[str] | None):
     ap.add_argument("--methods", type=_csv(str), help=f"default {','.join(DEFAULT_METHODS)}")
     ap.add_argument("--iters", type=int, help="timed train steps per cell")
     ap.add_argument("--warmup", type=int, help="untimed train steps / eval batches before timing")
-    ap.add_argument("--repeats", type=int, help="timed runs per measurement, best reported (default: GPU 3, "
-                    "tiny 2, --quick and ViT on CPU 1)")
+    ap.add_argument("--repeats", type=int, help="timed train runs per measurement, best reported (default: "
+                    "GPU 3, tiny and ViT on CPU 2, --quick 1)")
+    ap.add_argument("--eval-repeats", type=int, help="timed evaluations per measurement, best reported "
+                    "(default: GPU 3, tiny 2, --quick and ViT on CPU 1)")
     ap.add_argument("--batch-size", type=int, help="train batch (default 4, the MuDPT/MaPLe recipe)")
     ap.add_argument("--eval-batch-size", type=int, help="evaluation batch (default 100 as in the official "
                     "configs; ViT on CPU 50)")
@@ -808,8 +821,9 @@ def parse_args(argv: Sequence[str] | None):
                     help="fast mode precision (default: bf16 autocast on GPU, fp16 where bf16 is missing; CPU fp32)")
     ap.add_argument("--workers", type=int, help="DataLoader workers in both modes (default: 0 on CPU, "
                     "min(8, cores) on GPU)")
-    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; --quick: 1, since tiny "
-                    "ops on a busy machine lose more to thread synchronisation than they gain)")
+    ap.add_argument("--threads", type=int, help="torch CPU threads for every backbone (default: torch's, "
+                    "but 1 for the tiny backbones: their ops are too small to gain from a second thread, and on "
+                    "a busy machine the thread hand-off makes them up to 50x slower)")
     ap.add_argument("--compile", action="store_true", help="also measure fast mode + torch.compile")
     ap.add_argument("--rtol", type=float, help="equivalence tolerance (default 1e-5 CPU, 1e-4 GPU fp32 checks)")
     ap.add_argument("--image-wh", type=_csv(int), default=[500, 375], help="size of the generated JPEGs")
@@ -826,7 +840,7 @@ def parse_args(argv: Sequence[str] | None):
                          ("--eval-classes", args.eval_classes or [1])):
         if min(values) < 1:
             raise BenchError(f"{what}: class counts must be >= 1, got {values}")
-    for what in ("iters", "eval_batches", "check_images", "check_classes", "repeats", "batch_size",
+    for what in ("iters", "eval_batches", "check_images", "check_classes", "repeats", "eval_repeats", "batch_size",
                  "eval_batch_size"):
         v = getattr(args, what)
         if v is not None and v < 1:
@@ -872,11 +886,10 @@ def run(argv: Sequence[str] | None = None) -> tuple[int, list[Row], dict]:
     import torch
 
     device = resolve_device(args.device)
-    threads = args.threads if args.threads is not None else (1 if args.quick else None)
-    if threads is not None:
-        if threads < 1:
-            raise BenchError(f"--threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise BenchError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     check_methods(args.methods or DEFAULT_METHODS)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.profile:
@@ -911,7 +924,7 @@ def run(argv: Sequence[str] | None = None) -> tuple[int, list[Row], dict]:
     notes.append(f"total benchmark time {total:.0f} s")
     meta = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": machine_description(device),
+        "machine": machine_description(device, args.threads),
         "device": str(device),
         "fast_precision": fast_precision,
         "command": " ".join(["python benchmarks/bench_fast_paths.py",

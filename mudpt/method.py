@@ -109,7 +109,7 @@ class PromptMethod(nn.Module):
 
     # --- checkpoints: learned tensors only, independent of class names ----------------------
     def prompt_state(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().cpu().contiguous() for k, v in self.named_parameters() if v.requires_grad}
+        return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in self.named_parameters() if v.requires_grad}
 
     def checkpoint_metadata(self) -> dict[str, str]:
         return {"method": self.name, "options": json.dumps(dataclasses.asdict(self.options), sort_keys=True),
